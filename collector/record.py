@@ -62,6 +62,7 @@ class UsageRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     prompt_version: str = ""
     environment: str = ""  # prod | staging | dev
     data_mode: str = "real"  # real | test
+    client_request_id: str = ""  # the app's own x-request-id; `id` is always sidecar-made
 
     # what
     operation: str = ""  # gen_ai.operation.name: chat | embeddings | messages | responses

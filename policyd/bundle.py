@@ -36,7 +36,7 @@ class _Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fr
 # ---------------------------------------------------------------------------------------------
 
 
-class Provider(_Config):
+class Provider(_Config, frozen=True):
     """An upstream API endpoint. The credential is a reference, never the secret itself."""
 
     kind: ProviderKind
@@ -51,7 +51,7 @@ class Provider(_Config):
     headers: dict[str, str] = {}
 
 
-class Price(_Config):
+class Price(_Config, frozen=True):
     """USD per million tokens; strings so the canonical form keeps exact decimals."""
 
     input_per_mtok: str
@@ -61,7 +61,7 @@ class Price(_Config):
     source: str = "policy"  # "policy" (negotiated override) or "genai-prices@<version>"
 
 
-class Deployment(_Config):
+class Deployment(_Config, frozen=True):
     """One concrete place a model is served."""
 
     provider: str
@@ -71,7 +71,7 @@ class Deployment(_Config):
     price: Price | None = None  # None: unknown price, cost is recorded as null
 
 
-class Model(_Config):
+class Model(_Config, frozen=True):
     """A model name callers may ask for, and where it is served."""
 
     deployments: tuple[Deployment, ...]
@@ -85,7 +85,7 @@ class Model(_Config):
 # ---------------------------------------------------------------------------------------------
 
 
-class Match(_Config):
+class Match(_Config, frozen=True):
     """Which requests a rule applies to. "*" matches anything, including an absent value."""
 
     tenant: str = WILDCARD
@@ -102,13 +102,13 @@ class Match(_Config):
         )
 
 
-class ModelAccess(_Config):
+class ModelAccess(_Config, frozen=True):
     allow: tuple[str, ...] = (WILDCARD,)
     deny: tuple[str, ...] = ()
     mode: Mode = "enforce"
 
 
-class Caps(_Config):
+class Caps(_Config, frozen=True):
     max_tokens: int | None = None
     max_tokens_action: Literal["clamp", "reject"] = "clamp"
     max_input_tokens: int | None = None
@@ -117,7 +117,7 @@ class Caps(_Config):
     mode: Mode = "enforce"
 
 
-class RateLimit(_Config):
+class RateLimit(_Config, frozen=True):
     scope: Scope
     rpm: int | None = None
     tpm: int | None = None
@@ -125,18 +125,18 @@ class RateLimit(_Config):
     mode: Mode = "enforce"
 
 
-class RequiredMetadata(_Config):
+class RequiredMetadata(_Config, frozen=True):
     fields: tuple[Literal["tenant", "user", "endpoint", "prompt_version"], ...]
     environments: tuple[str, ...] = ()  # empty: every environment
     mode: Mode = "enforce"
 
 
-class Auth(_Config):
+class Auth(_Config, frozen=True):
     require_key: bool = False
     mode: Mode = "enforce"
 
 
-class Rule(_Config):
+class Rule(_Config, frozen=True):
     """One policy rule. Per section, the most specific matching rule that sets it wins."""
 
     name: str
@@ -149,7 +149,7 @@ class Rule(_Config):
     source: str = ""  # "file.yaml#rules[2]" for error messages and decisions
 
 
-class VirtualKey(_Config):
+class VirtualKey(_Config, frozen=True):
     """A caller credential issued by the platform team; only its SHA-256 is distributed."""
 
     id: str
@@ -165,7 +165,7 @@ class VirtualKey(_Config):
 # ---------------------------------------------------------------------------------------------
 
 
-class Bundle(_Config):
+class Bundle(_Config, frozen=True):
     """Everything a sidecar needs to enforce policy, in canonical form."""
 
     revision: int

@@ -1,0 +1,110 @@
+"""Turning a finished request into its one usage record, estimating what the provider didn't say."""
+
+from __future__ import annotations
+
+import msgspec
+
+from collector.record import UsageRecord
+from sidecar import tokens
+from sidecar.context import RequestContext
+from sidecar.relay import Outcome
+from sidecar.usage import TokenUsage
+from sidecar.views import ChatView, EmbeddingsView
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = []
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+def _streamed_text(events: list[bytes]) -> str:
+    parts: list[str] = []
+    for event in events:
+        try:
+            chunk = _chunk_decoder.decode(event.partition(b"data: ")[2])
+        except msgspec.DecodeError:
+            continue
+        parts.extend(c.delta.content for c in chunk.choices if c.delta and c.delta.content)
+    return "".join(parts)
+
+
+def estimate_usage(ctx: RequestContext, outcome: Outcome) -> TokenUsage:
+    """Tokens for a request the upstream processed but did not report (an aborted stream)."""
+    view = ctx.view
+    if isinstance(view, ChatView):
+        prompt = tokens.count_prompt(view.prompt_texts(), messages=len(view.messages))
+    elif isinstance(view, EmbeddingsView):
+        prompt = tokens.count_prompt(view.prompt_texts()) + view.token_array_count()
+    else:
+        prompt = 0
+    output = tokens.count_text(_streamed_text(outcome.stream_text)) if outcome.stream_text else 0
+    return TokenUsage(input=prompt, output=output, source="estimated")
+
+
+def build_record(
+    ctx: RequestContext, outcome: Outcome, *, sidecar_id: str, sent_upstream: bool
+) -> UsageRecord:
+    usage = outcome.usage
+    if usage.source == "none" and sent_upstream and ctx.view is not None:
+        usage = estimate_usage(ctx, outcome)
+    identity = ctx.identity
+    deployment = ctx.deployment
+    view = ctx.view
+    error_class = outcome.error_class
+    return UsageRecord(
+        id=ctx.record_id,
+        ts_ms=ctx.started_ms,
+        tenant=identity.tenant,
+        app=identity.app,
+        namespace=identity.namespace,
+        service_account=identity.service_account,
+        pod=identity.pod,
+        user=identity.user,
+        virtual_key_id=identity.virtual_key_id,
+        endpoint=identity.endpoint,
+        prompt_version=identity.prompt_version,
+        environment=identity.environment,
+        data_mode=identity.data_mode,
+        client_request_id=identity.client_request_id,
+        operation=ctx.route.operation,
+        ingress_format=ctx.route.ingress,
+        stream=view.is_stream if view is not None else False,
+        model_requested=view.model if view is not None else "",
+        model_resolved=ctx.model.name if ctx.model is not None else "",
+        model_served=outcome.model_served,
+        provider=deployment.provider_id if deployment else "",
+        provider_kind=deployment.provider.kind if deployment else "",
+        deployment=deployment.label if deployment else "",
+        input_tokens=usage.input,
+        output_tokens=usage.output,
+        cached_input_tokens=usage.cached_input,
+        cache_write_tokens=usage.cache_write,
+        reasoning_tokens=usage.reasoning,
+        token_source=usage.source,
+        cost_usd=usage.cost(deployment.price) if deployment else None,
+        price_source=deployment.price.source if deployment and deployment.price else "",
+        status_code=outcome.status_code,
+        outcome="ok" if error_class is None else ("denied" if outcome.denied else "error"),
+        error_class=error_class,
+        error_message=outcome.error_message,
+        latency_ms=round(ctx.elapsed_ms(), 3),
+        ttft_ms=round(outcome.ttft_ms, 3) if outcome.ttft_ms is not None else None,
+        upstream_latency_ms=(
+            round(outcome.upstream_latency_ms, 3) if outcome.upstream_latency_ms else None
+        ),
+        attempts=1 if sent_upstream else 0,
+        policy_revision=ctx.bundle.revision if ctx.bundle is not None else 0,
+        decisions=ctx.decisions,
+        trace_id=identity.trace_id,
+        sidecar_id=sidecar_id,
+    )

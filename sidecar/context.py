@@ -44,6 +44,7 @@ class RequestContext:
         "body",
         "body_patch",
         "bundle",
+        "deadline_at",
         "decisions",
         "deployment",
         "estimated_input_tokens",
@@ -78,6 +79,8 @@ class RequestContext:
         self.body_patch: dict[str, Any] = {}
         self.response_headers: dict[str, str] = {}
         self.estimated_input_tokens: int | None = None
+        # time.monotonic() by which the whole request (all attempts) must finish, if capped.
+        self.deadline_at: float | None = None
         # The sidecar asked for stream usage the client did not: keep that chunk to ourselves.
         self.strip_usage_chunk = False
 

@@ -36,6 +36,30 @@ class _Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fr
 # ---------------------------------------------------------------------------------------------
 
 
+class RetryPolicy(_Config, frozen=True):
+    """How failed calls to a provider's deployments are retried (backoff with full jitter)."""
+
+    max_attempts: int = 3  # per model of a fallback chain, the first attempt included
+    base_backoff_ms: int = 100
+    max_backoff_ms: int = 5_000
+    max_retry_after_ms: int = 30_000  # a longer retry-after moves on instead of waiting
+    # The retry budget, per deployment: retries may add at most this share of its requests,
+    # plus a small floor per second so a quiet sidecar can still retry at all.
+    budget_ratio: float = 0.1
+    budget_min_per_s: float = 1.0
+
+
+class BreakerPolicy(_Config, frozen=True):
+    """When a deployment's circuit opens (it is skipped) and how it is probed again."""
+
+    consecutive_failures: int = 5
+    error_rate: float = 0.5  # of the calls in the window, once min_requests were made
+    min_requests: int = 20
+    window_ms: int = 30_000
+    open_ms: int = 30_000
+    half_open_probes: int = 1
+
+
 class Provider(_Config, frozen=True):
     """An upstream API endpoint. The credential is a reference, never the secret itself."""
 
@@ -49,6 +73,11 @@ class Provider(_Config, frozen=True):
     first_byte_timeout_ms: int = 60_000
     total_timeout_ms: int = 600_000
     headers: dict[str, str] = {}
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    max_connections: int = 100  # keep-alive pool size for this provider
+    tls_verify: bool = True  # off only for a lab server with a self-signed certificate
+    ca_file: str | None = None  # a PEM bundle to trust instead of the system store
 
 
 class Price(_Config, frozen=True):
@@ -69,6 +98,17 @@ class Deployment(_Config, frozen=True):
     weight: int = 100
     region: str | None = None
     price: Price | None = None  # None: unknown price, cost is recorded as null
+    # Per-deployment overrides of the provider's timeouts.
+    connect_timeout_ms: int | None = None
+    first_byte_timeout_ms: int | None = None
+    total_timeout_ms: int | None = None
+
+
+class Mirror(_Config, frozen=True):
+    """Shadow traffic: a copy of some requests goes to a candidate model, never to the caller."""
+
+    model: str
+    percent: float = 100.0
 
 
 class Model(_Config, frozen=True):
@@ -78,6 +118,9 @@ class Model(_Config, frozen=True):
     kind: Literal["chat", "embedding"] = "chat"
     fallbacks: tuple[str, ...] = ()
     tier: str | None = None  # e.g. "cheap": callers may ask for "tier:cheap"
+    # "weighted": split by weight (canaries); "latency": the fastest healthy deployment.
+    strategy: Literal["weighted", "latency"] = "weighted"
+    mirror: Mirror | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +179,13 @@ class Auth(_Config, frozen=True):
     mode: Mode = "enforce"
 
 
+class RoutingRule(_Config, frozen=True):
+    """Residency: only deployments in these regions (or their sub-regions: "eu" has "eu-west-1")."""
+
+    regions: tuple[str, ...] = ()
+    mode: Mode = "enforce"
+
+
 class Rule(_Config, frozen=True):
     """One policy rule. Per section, the most specific matching rule that sets it wins."""
 
@@ -146,6 +196,7 @@ class Rule(_Config, frozen=True):
     rate_limits: tuple[RateLimit, ...] | None = None
     required_metadata: RequiredMetadata | None = None
     auth: Auth | None = None
+    routing: RoutingRule | None = None
     source: str = ""  # "file.yaml#rules[2]" for error messages and decisions
 
 

@@ -99,6 +99,10 @@ class UsageRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
     retries: int = 0
     fallback_from: str = ""
     cache: str = "off"  # hit | miss | off
+    # A repeated idempotency-key answered from the first result: no upstream call was made.
+    idempotent_replay: bool = False
+    # Shadow traffic: the id of the request this mirrored copy was made from ("" if none).
+    mirror_of: str = ""
 
     # evidence
     policy_revision: int = 0

@@ -13,6 +13,8 @@ import binascii
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -21,18 +23,48 @@ import structlog
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from policyd.bundle import KV_BUCKET, KV_KEY, Bundle, decode_bundle, decode_envelope
+from policyd.bundle import (
+    KV_BUCKET,
+    KV_KEY,
+    SCHEMA_VERSION,
+    Bundle,
+    content_hash,
+    decode_bundle,
+    decode_envelope,
+)
 from sidecar.natslink import NatsLink
 from sidecar.policy import CompiledBundle
 
 log = structlog.get_logger("sidegate.sidecar.policy")
 
+_STOP_POLL_S = 0.05
+_STOP_ATTEMPTS = 100
+
 
 class BundleRejected(Exception):
+    """A bundle this sidecar refuses; `revision` is what it claims, None when unreadable."""
+
     def __init__(self, reason: str, revision: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.revision = revision
+
+
+class _Header(msgspec.Struct):
+    """The revision of a payload that failed verification, read only to report it."""
+
+    revision: int = 0
+
+
+_header_decoder = msgspec.json.Decoder(_Header)
+
+
+def claimed_revision(payload: bytes) -> int | None:
+    """The revision an unverified payload claims, so `policy status` can name what was refused."""
+    try:
+        return _header_decoder.decode(payload).revision
+    except msgspec.DecodeError:
+        return None
 
 
 def key_id(public_key: bytes) -> str:
@@ -44,9 +76,15 @@ class Verifier:
 
     def __init__(self, public_keys: tuple[str, ...], *, allow_unsigned: bool = False) -> None:
         self.keys: dict[str, VerifyKey] = {}
-        for text in public_keys:
-            raw = base64.b64decode(text, validate=True)
-            self.keys[key_id(raw)] = VerifyKey(raw)
+        for index, text in enumerate(public_keys):
+            try:
+                raw = base64.b64decode(text, validate=True)
+                verify_key = VerifyKey(raw)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError(
+                    f"public key #{index + 1} is not a base64 Ed25519 public key: {exc}"
+                ) from exc
+            self.keys[key_id(raw)] = verify_key
         self.allow_unsigned = allow_unsigned
 
     def open(self, data: bytes) -> Bundle:
@@ -56,13 +94,30 @@ class Verifier:
             raise BundleRejected(f"not a bundle envelope: {exc}") from exc
         if envelope.signature is None:
             if not self.allow_unsigned:
-                raise BundleRejected("bundle is unsigned and unsigned bundles are not allowed")
+                raise BundleRejected(
+                    "bundle is unsigned and unsigned bundles are not allowed",
+                    claimed_revision(envelope.payload),
+                )
         else:
             self._check_signature(envelope.payload, envelope.signature, envelope.key_id)
         try:
-            return decode_bundle(envelope.payload)
+            bundle = decode_bundle(envelope.payload)
         except msgspec.DecodeError as exc:
-            raise BundleRejected(f"bundle payload does not match the schema: {exc}") from exc
+            raise BundleRejected(
+                f"bundle payload does not match the schema: {exc}",
+                claimed_revision(envelope.payload),
+            ) from exc
+        if bundle.schema_version > SCHEMA_VERSION:
+            raise BundleRejected(
+                f"bundle schema {bundle.schema_version} is newer than this sidecar's "
+                f"{SCHEMA_VERSION}",
+                bundle.revision,
+            )
+        # The signature proves who wrote it; the hash catches a writer that got it wrong, and
+        # is the only integrity check an unsigned development bundle has.
+        if content_hash(bundle) != bundle.content_hash:
+            raise BundleRejected("content hash does not match the content", bundle.revision)
+        return bundle
 
     def _check_signature(self, payload: bytes, signature: bytes, kid: str | None) -> None:
         if not self.keys:
@@ -73,9 +128,15 @@ class Verifier:
                 verify_key.verify(payload, signature)
             except BadSignatureError:
                 continue
+            except ValueError as exc:
+                # PyNaCl refuses a signature that is not 64 bytes before checking anything.
+                raise BundleRejected(
+                    f"malformed signature: {exc}", claimed_revision(payload)
+                ) from exc
             return
         raise BundleRejected(
-            f"bad signature (key id {kid or 'none'}): bundle tampered or key unknown"
+            f"bad signature (key id {kid or 'none'}): bundle tampered or key unknown",
+            claimed_revision(payload),
         )
 
 
@@ -89,6 +150,9 @@ class PolicyState:
         self.active: CompiledBundle | None = None
         self.rejection: BundleRejected | None = None
         self.listeners: list[asyncio.Queue[CompiledBundle | BundleRejected]] = []
+        # One writer thread: files are written in activation order, never an older one last,
+        # and the event loop never waits on the disk.
+        self._writer: ThreadPoolExecutor | None = None
 
     def offer(self, data: bytes, *, origin: str) -> bool:
         """Verify and activate `data`; True if it became active. Rejections are kept and logged."""
@@ -105,13 +169,15 @@ class PolicyState:
         if compiled is None:
             return False  # the active bundle again, e.g. from disk and then from NATS
         self.active = compiled
+        # A newer good bundle supersedes whatever was refused before it.
+        self.rejection = None
         log.info(
             "bundle_active", origin=origin, revision=compiled.revision,
             content_hash=compiled.content_hash[:12],
         )  # fmt: skip
-        if self.persist_path is not None and origin != "disk":
-            self._persist(data)
         self._notify(compiled)
+        if self.persist_path is not None and origin != "disk":
+            self._save(data)
         return True
 
     def _check(self, data: bytes) -> CompiledBundle | None:
@@ -127,20 +193,52 @@ class PolicyState:
                 )
         try:
             return CompiledBundle(bundle)
-        except (KeyError, ValueError) as exc:
+        except Exception as exc:
+            # Boundary: a bundle that cannot be compiled (a dangling reference, a bad value)
+            # is refused like a tampered one; it must never take the watcher down with it.
             raise BundleRejected(f"bundle is inconsistent: {exc!r}", bundle.revision) from exc
+
+    def _save(self, data: bytes) -> None:
+        """Persist off the event loop when there is one; in order, either way."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._persist(data)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-writer")
+        self._writer.submit(self._persist, data)
 
     def _persist(self, data: bytes) -> None:
         assert self.persist_path is not None
-        self.persist_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.persist_path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.persist_path)
+        try:
+            self.persist_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.persist_path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, self.persist_path)
+        except OSError as exc:
+            # Enforcement goes on with the new bundle; only a restart without NATS would
+            # fall back to the older file, so this is loud but not fatal.
+            log.error("bundle_persist_failed", path=str(self.persist_path), error=str(exc))
+
+    async def close(self) -> None:
+        """Wait for the last bundle to reach the disk (at shutdown)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.to_thread(writer.shutdown, wait=True)
 
     def load_persisted(self) -> bool:
-        if self.persist_path is None or not self.persist_path.exists():
+        """Fail-static start: enforce the last verified bundle before NATS is reached."""
+        if self.persist_path is None:
             return False
-        return self.offer(self.persist_path.read_bytes(), origin="disk")
+        try:
+            data = self.persist_path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error("bundle_unreadable", path=str(self.persist_path), error=str(exc))
+            return False
+        return self.offer(data, origin="disk")
 
     def _notify(self, event: CompiledBundle | BundleRejected) -> None:
         for queue in self.listeners:
@@ -164,8 +262,9 @@ class PolicyWatcher:
         self._tasks = [asyncio.create_task(self._resync_loop(), name="policy-resync")]
 
     async def _on_reconnect(self) -> None:
+        """A fresh watch, which delivers the latest bundle first: the re-read on reconnect."""
         if self._watch is not None:
-            self._watch.cancel()
+            await stop_tasks([self._watch])
         self._watch = asyncio.create_task(self._watch_loop(), name="policy-watch")
 
     async def _bucket(self) -> nats.js.kv.KeyValue:
@@ -179,6 +278,7 @@ class PolicyWatcher:
     async def _watch_loop(self) -> None:
         while True:
             kv = await self._bucket()
+            watcher = None
             try:
                 watcher = await kv.watch(KV_KEY)
                 async for entry in watcher:
@@ -187,6 +287,12 @@ class PolicyWatcher:
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("policy_watch_interrupted", error=str(exc))
                 await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    # A watch replaced on reconnect would otherwise keep its subscription.
+                    with contextlib.suppress(nats.errors.Error, TimeoutError):
+                        # nats-py leaves KeyWatcher's methods unannotated.
+                        await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def resync(self) -> None:
         kv = await self._bucket()
@@ -205,9 +311,27 @@ class PolicyWatcher:
                     log.warning("policy_resync_failed", error=str(exc))
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._watch] if self._watch else [])]
-        for task in tasks:
+        await stop_tasks([*self._tasks, *([self._watch] if self._watch else [])])
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait until they have ended.
+
+    One cancel is not always enough: on Python 3.11 `asyncio.wait_for`, which nats-py uses for
+    every request, can swallow a cancellation that races with its result, and the task's loop
+    then runs on. So the tasks are cancelled again until they end, for a bounded time.
+    """
+    tasks = list(tasks)
+    pending = [task for task in tasks if not task.done()]
+    for _ in range(_STOP_ATTEMPTS):
+        if not pending:
+            break
+        for task in pending:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait(pending, timeout=_STOP_POLL_S)
+        pending = [task for task in pending if not task.done()]
+    else:
+        log.error("background_tasks_did_not_stop", tasks=[task.get_name() for task in pending])
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", task=task.get_name(), error=repr(task.exception()))

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import msgspec
 
+from policyd.status import HEARTBEAT_S
 from sidecar.context import Identity
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 4000
+    # host:port serving only /healthz, /readyz and /metrics to the kubelet and Prometheus,
+    # which dial the pod IP; "" (the default) serves them on the loopback port alone.
+    admin_listen: str = ""
     nats_url: str = "nats://127.0.0.1:4222"
     state_dir: Path = Path(".sidegate/sidecar")
     public_keys: tuple[str, ...] = ()  # base64 Ed25519 public keys; several allow rotation
@@ -25,6 +29,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spool_max_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 20.0
     resync_interval_s: float = 30.0  # the slow re-read that covers a lagging watch
+    status_interval_s: float = HEARTBEAT_S  # convergence heartbeat into the status bucket
+    # Rate-limit buckets kept in memory; idle full buckets go first, then the least recent.
+    rate_limit_max_buckets: int = 100_000
 
     @property
     def bundle_path(self) -> Path:
@@ -53,12 +60,16 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         host=host or "127.0.0.1",
         port=int(port),
+        admin_listen=env.get("SIDEGATE_ADMIN_LISTEN", ""),
         nats_url=env.get("SIDEGATE_NATS_URL", "nats://127.0.0.1:4222"),
         state_dir=Path(env.get("SIDEGATE_STATE_DIR", ".sidegate/sidecar")),
         public_keys=_public_keys(env),
         allow_unsigned=env.get("SIDEGATE_ALLOW_UNSIGNED", "") in ("1", "true", "yes"),
         max_body_bytes=int(env.get("SIDEGATE_MAX_BODY_BYTES", 8 * 1024 * 1024)),
         sidecar_id=env.get("SIDEGATE_SIDECAR_ID") or f"{pod or socket.gethostname()}-{os.getpid()}",
+        resync_interval_s=float(env.get("SIDEGATE_RESYNC_INTERVAL_S", 30.0)),
+        status_interval_s=float(env.get("SIDEGATE_STATUS_INTERVAL_S", HEARTBEAT_S)),
+        rate_limit_max_buckets=int(env.get("SIDEGATE_RATE_LIMIT_MAX_BUCKETS", 100_000)),
         workload=Identity(
             tenant=env.get("SIDEGATE_TENANT", namespace),
             app=env.get("SIDEGATE_APP", ""),

@@ -15,6 +15,7 @@ H_USER = "x-sidegate-user"
 H_ENDPOINT = "x-sidegate-endpoint"
 H_PROMPT_VERSION = "x-sidegate-prompt-version"
 H_DATA_MODE = "x-sidegate-data-mode"
+DATA_MODES = ("real", "test")
 
 
 def presented_key(headers: object) -> str | None:
@@ -46,6 +47,15 @@ class Identify:
     def __call__(self, ctx: RequestContext) -> Reject | None:
         w = self.workload
         headers = ctx.request.headers
+        data_mode = headers.get(H_DATA_MODE)
+        if data_mode is not None and data_mode not in DATA_MODES:
+            # Test traffic is filtered out of reports by this value: a typo must not count
+            # as real spend, so it is refused rather than guessed.
+            return Reject(
+                "invalid_request",
+                f"The {H_DATA_MODE} header must be `real` or `test`, not {data_mode!r}.",
+                code="invalid_data_mode",
+            )
         identity = Identity(
             tenant=headers.get(H_TENANT) or w.tenant,
             app=w.app,
@@ -56,7 +66,7 @@ class Identify:
             endpoint=headers.get(H_ENDPOINT, ""),
             prompt_version=headers.get(H_PROMPT_VERSION, ""),
             environment=w.environment,
-            data_mode=headers.get(H_DATA_MODE) or w.data_mode,
+            data_mode=data_mode or w.data_mode,
             client_request_id=headers.get("x-request-id", ""),
         )
         traceparent = headers.get("traceparent")

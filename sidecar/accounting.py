@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from collector.record import UsageRecord
 from sidecar import tokens
 from sidecar.context import RequestContext
+from sidecar.policy import CompiledDeployment, CompiledModel
+from sidecar.providers.bridge import streamed_text
 from sidecar.relay import Outcome
 from sidecar.usage import TokenUsage
 from sidecar.views import ChatView, EmbeddingsView
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    delta: _Delta | None = None
-
-
-class _Chunk(msgspec.Struct):
-    choices: list[_Choice] = []
-
-
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
-
-
-def _streamed_text(events: list[bytes]) -> str:
-    parts: list[str] = []
-    for event in events:
-        try:
-            chunk = _chunk_decoder.decode(event.partition(b"data: ")[2])
-        except msgspec.DecodeError:
-            continue
-        parts.extend(c.delta.content for c in chunk.choices if c.delta and c.delta.content)
-    return "".join(parts)
 
 
 def estimate_usage(ctx: RequestContext, outcome: Outcome) -> TokenUsage:
@@ -45,24 +19,38 @@ def estimate_usage(ctx: RequestContext, outcome: Outcome) -> TokenUsage:
         prompt = tokens.count_prompt(view.prompt_texts(), messages=len(view.messages))
     elif isinstance(view, EmbeddingsView):
         prompt = tokens.count_prompt(view.prompt_texts()) + view.token_array_count()
+    elif view is not None:
+        prompt = tokens.count_prompt(view.prompt_texts())
     else:
         prompt = 0
-    output = tokens.count_text(_streamed_text(outcome.stream_text)) if outcome.stream_text else 0
+    output = 0
+    if outcome.stream_text:
+        output = tokens.count_text(streamed_text(ctx.route.wire, outcome.stream_text))
     return TokenUsage(input=prompt, output=output, source="estimated")
 
 
 def build_record(
-    ctx: RequestContext, outcome: Outcome, *, sidecar_id: str, sent_upstream: bool
+    ctx: RequestContext,
+    outcome: Outcome,
+    *,
+    sidecar_id: str,
+    sent_upstream: bool,
+    record_id: str | None = None,
+    deployment: CompiledDeployment | None = None,
+    model: CompiledModel | None = None,
+    mirror_of: str = "",
 ) -> UsageRecord:
+    """The request's record; a mirrored copy passes its own id, deployment and model."""
     usage = outcome.usage
     if usage.source == "none" and sent_upstream and ctx.view is not None:
         usage = estimate_usage(ctx, outcome)
     identity = ctx.identity
-    deployment = ctx.deployment
+    deployment = deployment or ctx.deployment
+    model = model or ctx.model
     view = ctx.view
     error_class = outcome.error_class
     return UsageRecord(
-        id=ctx.record_id,
+        id=record_id or ctx.record_id,
         ts_ms=ctx.started_ms,
         tenant=identity.tenant,
         app=identity.app,
@@ -78,9 +66,9 @@ def build_record(
         client_request_id=identity.client_request_id,
         operation=ctx.route.operation,
         ingress_format=ctx.route.ingress,
-        stream=view.is_stream if view is not None else False,
+        stream=view.is_stream if view is not None and not mirror_of else False,
         model_requested=view.model if view is not None else "",
-        model_resolved=ctx.model.name if ctx.model is not None else "",
+        model_resolved=model.name if model is not None else "",
         model_served=outcome.model_served,
         provider=deployment.provider_id if deployment else "",
         provider_kind=deployment.provider.kind if deployment else "",
@@ -102,9 +90,13 @@ def build_record(
         upstream_latency_ms=(
             round(outcome.upstream_latency_ms, 3) if outcome.upstream_latency_ms else None
         ),
-        attempts=1 if sent_upstream else 0,
+        attempts=outcome.attempts,
+        retries=outcome.retries,
+        fallback_from=outcome.fallback_from,
+        idempotent_replay=outcome.idempotent_replay,
+        mirror_of=mirror_of,
         policy_revision=ctx.bundle.revision if ctx.bundle is not None else 0,
-        decisions=ctx.decisions,
+        decisions=[] if mirror_of else ctx.decisions,
         trace_id=identity.trace_id,
         sidecar_id=sidecar_id,
     )

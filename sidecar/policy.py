@@ -15,15 +15,18 @@ import msgspec
 from policyd.bundle import (
     WILDCARD,
     Auth,
+    Budget,
     Bundle,
     Caps,
     Deployment,
+    Mirror,
     Mode,
     Model,
     ModelAccess,
     Provider,
     RateLimit,
     RequiredMetadata,
+    RoutingRule,
     Rule,
     VirtualKey,
 )
@@ -81,6 +84,8 @@ _AUTH_HEADER: dict[str, tuple[str, str]] = {
     "azure": ("api-key", ""),
     "anthropic": ("x-api-key", ""),
     "gemini": ("x-goog-api-key", ""),
+    # A Bedrock API key; without a credential reference, requests are SigV4-signed instead.
+    "bedrock": ("authorization", "Bearer "),
 }
 
 
@@ -95,10 +100,26 @@ class CompiledDeployment(msgspec.Struct, frozen=True):
     # None when the referenced credential is missing from the sidecar's environment.
     credential: Secret | None
     credential_error: str | None
+    # Effective timeouts in seconds: the deployment's override, else the provider's.
+    connect_timeout_s: float = 2.0
+    first_byte_timeout_s: float = 60.0
+    total_timeout_s: float = 600.0
 
     @property
     def label(self) -> str:
         return f"{self.provider_id}/{self.model}"
+
+    @property
+    def kind(self) -> str:
+        return self.provider.kind
+
+    def in_regions(self, regions: tuple[str, ...]) -> bool:
+        """True when this deployment's region is one of `regions` or inside one ("eu-west-1"
+        is inside "eu"); a deployment without a region is in none."""
+        region = self.region
+        if region is None:
+            return False
+        return any(region == r or region.startswith(r + "-") for r in regions)
 
     def request_headers(self) -> dict[str, str]:
         """Fresh upstream headers: static provider headers plus the credential, if any."""
@@ -117,6 +138,8 @@ class CompiledModel(msgspec.Struct, frozen=True):
     cumulative_weights: tuple[int, ...]
     fallbacks: tuple[str, ...]
     tier: str | None
+    strategy: str = "weighted"
+    mirror: Mirror | None = None
 
     def pick(self, rng: random.Random) -> CompiledDeployment:
         """A weighted choice: one bisect instead of rebuilding a weights list per request."""
@@ -143,6 +166,8 @@ class ResolvedPolicy(msgspec.Struct, frozen=True):
     rate_limits: Section[tuple[RateLimit, ...]] | None
     required_metadata: Section[RequiredMetadata] | None
     auth: Section[Auth] | None
+    routing: Section[RoutingRule] | None = None
+    budgets: Section[tuple[Budget, ...]] | None = None
 
     def allows(self, model: str) -> bool:
         return model not in self.denied and (self.allowed is None or model in self.allowed)
@@ -175,8 +200,13 @@ def _compile_model(name: str, model: Model, providers: dict[str, Provider]) -> C
     for d in model.deployments:
         provider = providers[d.provider]
         secret, error = read_credential(provider.credential)
+        connect_ms = d.connect_timeout_ms or provider.connect_timeout_ms
+        first_byte_ms = d.first_byte_timeout_ms or provider.first_byte_timeout_ms
         deployments.append(
             CompiledDeployment(
+                connect_timeout_s=connect_ms / 1000,
+                first_byte_timeout_s=first_byte_ms / 1000,
+                total_timeout_s=(d.total_timeout_ms or provider.total_timeout_ms) / 1000,
                 provider_id=d.provider,
                 provider=provider,
                 model=d.model,
@@ -199,6 +229,8 @@ def _compile_model(name: str, model: Model, providers: dict[str, Provider]) -> C
         cumulative_weights=tuple(cumulative),
         fallbacks=model.fallbacks,
         tier=model.tier,
+        strategy=model.strategy,
+        mirror=model.mirror,
     )
 
 
@@ -219,6 +251,17 @@ class CompiledBundle:
             if tier:
                 self.tiers[tier] = (*self.tiers.get(tier, ()), name)
         self.virtual_keys: dict[str, VirtualKey] = {k.sha256: k for k in bundle.virtual_keys}
+        # Fallback chains and mirror targets resolved once; an unknown name is an inconsistent
+        # bundle (KeyError), rejected whole like any other.
+        self.fallbacks: dict[str, tuple[CompiledModel, ...]] = {
+            name: tuple(self._require(f) for f in m.fallbacks if f != name)
+            for name, m in self.models.items()
+        }
+        self.mirrors: dict[str, CompiledModel] = {
+            name: self._require(m.mirror.model)
+            for name, m in self.models.items()
+            if m.mirror is not None
+        }
         # Most specific first, so the first match per section wins.
         self._rules = sorted(bundle.rules, key=lambda r: -r.match.specificity)
         self._resolved: dict[tuple[str, str, str], ResolvedPolicy] = {}
@@ -230,6 +273,12 @@ class CompiledBundle:
             seen.add(target)
             target = self.bundle.aliases[target]
         return target
+
+    def _require(self, name: str) -> CompiledModel:
+        model = self.resolve_model(name)
+        if model is None:
+            raise KeyError(f"unknown model or alias {name!r} in a fallback or mirror")
+        return model
 
     def resolve_model(self, requested: str) -> CompiledModel | None:
         """Alias, `tier:<name>` or a catalogue name to a model; None when unknown."""
@@ -286,6 +335,8 @@ class CompiledBundle:
             rate_limits=first("rate_limits"),
             required_metadata=first("required_metadata"),
             auth=first("auth"),
+            routing=first("routing"),
+            budgets=first("budgets"),
         )
 
     def allowed_models(self, policy: ResolvedPolicy) -> list[str]:

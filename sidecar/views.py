@@ -90,3 +90,110 @@ class EmbeddingsView(msgspec.Struct):
             len(item) if isinstance(item, list) else (1 if isinstance(item, int) else 0)
             for item in self.input
         )
+
+
+# --- Anthropic Messages -------------------------------------------------------------------------
+
+
+class _Block(msgspec.Struct):
+    type: str = "text"
+    text: str | None = None
+    content: str | list[_Part] | None = None  # a tool_result's content
+
+
+class _AnthropicMessage(msgspec.Struct):
+    role: str = ""
+    content: str | list[_Block] = ""
+
+
+def _block_texts(content: str | list[_Block] | None, into: list[str]) -> None:
+    if isinstance(content, str):
+        into.append(content)
+        return
+    for block in content or ():
+        if block.text:
+            into.append(block.text)
+        elif isinstance(block.content, str):
+            into.append(block.content)
+        elif block.content:
+            into.extend(part.text for part in block.content if part.text)
+
+
+class _Metadata(msgspec.Struct):
+    user_id: str | None = None
+
+
+class CountTokensView(msgspec.Struct):
+    """Anthropic `/v1/messages/count_tokens`: a prompt without generation."""
+
+    model: str
+    messages: list[_AnthropicMessage]
+    system: str | list[_Block] | None = None
+    output_limit_field = "max_tokens"
+
+    @property
+    def is_stream(self) -> bool:
+        return False
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return 0
+
+    def prompt_texts(self) -> list[str]:
+        texts: list[str] = []
+        _block_texts(self.system, texts)
+        for message in self.messages:
+            _block_texts(message.content, texts)
+        return texts
+
+
+class MessagesView(CountTokensView, kw_only=True):
+    """Anthropic Messages; `max_tokens` is required by the API, so it is here too."""
+
+    max_tokens: int
+    stream: bool = False
+    metadata: _Metadata | None = None
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+# --- OpenAI Responses ---------------------------------------------------------------------------
+
+
+class _InputItem(msgspec.Struct):
+    type: str | None = None
+    content: str | list[_Part] | None = None
+    output: str | list[_Part] | None = None
+
+
+class ResponsesView(msgspec.Struct):
+    """OpenAI Responses: `input` is a string or a list of items."""
+
+    model: str
+    input: str | list[_InputItem] = ""
+    instructions: str | None = None
+    stream: bool = False
+    max_output_tokens: int | None = None
+    output_limit_field = "max_output_tokens"
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream
+
+    def prompt_texts(self) -> list[str]:
+        texts = [self.instructions] if self.instructions else []
+        if isinstance(self.input, str):
+            return [*texts, self.input]
+        for item in self.input:
+            for value in (item.content, item.output):
+                if isinstance(value, str):
+                    texts.append(value)
+                elif value:
+                    texts.extend(part.text for part in value if part.text)
+        return texts

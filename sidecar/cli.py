@@ -14,6 +14,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Flags override the SIDEGATE_* environment variables the injector sets.",
     )
     p.add_argument("--listen", help="host:port (default 127.0.0.1:4000, SIDEGATE_LISTEN)")
+    p.add_argument(
+        "--admin-listen",
+        help="host:port for /healthz, /readyz and /metrics only, e.g. 0.0.0.0:4001 "
+        "(default off, SIDEGATE_ADMIN_LISTEN)",
+    )
     p.add_argument("--nats-url", help="NATS server (SIDEGATE_NATS_URL)")
     p.add_argument("--state-dir", type=Path, help="persisted bundle and usage spool")
     p.add_argument("--public-key", action="append", default=[], help="base64 Ed25519 key")
@@ -27,12 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from sidecar import settings as settings_mod
+    from sidecar import tracing
     from sidecar.app import create_app
     from sidegate import logs
 
     env = dict(os.environ)
     if args.listen:
         env["SIDEGATE_LISTEN"] = args.listen
+    if args.admin_listen:
+        env["SIDEGATE_ADMIN_LISTEN"] = args.admin_listen
     settings = settings_mod.from_env(env)
     overrides: dict[str, object] = {}
     if args.nats_url:
@@ -54,8 +62,16 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     asyncio.set_event_loop((loop_factory or asyncio.new_event_loop)())
+    workload = settings.workload
+    resource = {
+        "service.instance.id": settings.sidecar_id,
+        "k8s.namespace.name": workload.namespace,
+        "k8s.pod.name": workload.pod,
+        "sidegate.app": workload.app,
+    }
+    spans = tracing.from_environment(env, resource={k: v for k, v in resource.items() if v})
     web.run_app(
-        create_app(settings),
+        create_app(settings, spans=spans),
         host=settings.host,
         port=settings.port,
         access_log=None,

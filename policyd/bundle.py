@@ -179,6 +179,28 @@ class Auth(_Config, frozen=True):
     mode: Mode = "enforce"
 
 
+class Budget(_Config, frozen=True):
+    """A spend ceiling in USD per UTC calendar period, per scope value, across every sidecar.
+
+    Sidecars spend from slices leased from policyd's quota owner (policyd/quota.py). Amounts
+    are decimal strings so the canonical form keeps exact cents. A budget is identified by its
+    name: rules that repeat a name (e.g. an endpoint override) share one spend counter.
+    """
+
+    name: str
+    scope: Scope
+    limit_usd: str
+    period: Literal["day", "month"] = "month"
+    mode: Mode = "enforce"
+    # The slice a sidecar leases at a time; None: 1% of the limit, at least $0.10 (at most
+    # the limit). Bigger slices mean fewer lease requests and more money parked per sidecar.
+    lease_usd: str | None = None
+    # What a sidecar may reserve per period without a lease (before its first lease arrives,
+    # or while the quota owner is unreachable); None: 0.1% of the limit, at least $0.01 (at
+    # most the lease). Each sidecar can overshoot an exhausted budget by at most this much.
+    safe_share_usd: str | None = None
+
+
 class RoutingRule(_Config, frozen=True):
     """Residency: only deployments in these regions (or their sub-regions: "eu" has "eu-west-1")."""
 
@@ -197,6 +219,7 @@ class Rule(_Config, frozen=True):
     required_metadata: RequiredMetadata | None = None
     auth: Auth | None = None
     routing: RoutingRule | None = None
+    budgets: tuple[Budget, ...] | None = None
     source: str = ""  # "file.yaml#rules[2]" for error messages and decisions
 
 

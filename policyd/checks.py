@@ -161,6 +161,7 @@ class _Checker:
     def rules(self) -> None:
         by_name: dict[str, Located[Any]] = {}
         by_match: dict[Match, Located[Any]] = {}
+        budgets: dict[str, tuple[Located[Any], int]] = {}
         for at in self.source.rules:
             rule = at.value
             if rule.source:
@@ -190,6 +191,7 @@ class _Checker:
                 self.positive(at, ("rate_limits", i, "burst"), limit.burst)
             if rule.required_metadata is not None and not rule.required_metadata.fields:
                 self.report(at, ("required_metadata", "fields"), "list at least one field")
+            self._budgets(at, budgets)
 
     def _caps(self, at: Located[Any]) -> None:
         caps = at.value.caps
@@ -203,6 +205,41 @@ class _Checker:
                 cost = Decimal("NaN")
             if not cost.is_finite() or cost <= 0:
                 self.report(at, ("caps", "max_cost_usd"), "must be a decimal string above 0")
+
+    def _budgets(self, at: Located[Any], seen: dict[str, tuple[Located[Any], int]]) -> None:
+        """Amounts are decimals; a name is one spend counter, so it must mean one budget."""
+        in_rule: set[str] = set()
+        for i, budget in enumerate(at.value.budgets or ()):
+            here: tuple[Segment, ...] = ("budgets", i)
+            if budget.name in in_rule:
+                self.report(at, (*here, "name"), f"duplicate budget name '{budget.name}'")
+            in_rule.add(budget.name)
+            limit = self._amount(at, (*here, "limit_usd"), budget.limit_usd, zero_ok=False)
+            if budget.lease_usd is not None:
+                self._amount(at, (*here, "lease_usd"), budget.lease_usd, zero_ok=False)
+            if budget.safe_share_usd is not None:
+                self._amount(at, (*here, "safe_share_usd"), budget.safe_share_usd, zero_ok=True)
+            first = seen.setdefault(budget.name, (at, i))
+            if first[0] is at:
+                continue
+            other = first[0].value.budgets[first[1]]
+            other_limit = _decimal(other.limit_usd)
+            if (other.scope, other.period, other_limit) != (budget.scope, budget.period, limit):
+                self.report(
+                    at, (*here, "name"),
+                    f"budget '{budget.name}' is defined differently at "
+                    f"{self.source.where(first[0])}; one name is one spend counter",
+                )  # fmt: skip
+
+    def _amount(
+        self, at: Located[Any], path: tuple[Segment, ...], text: str, *, zero_ok: bool
+    ) -> Decimal | None:
+        value = _decimal(text)
+        if value is None or value < 0 or (value == 0 and not zero_ok):
+            bound = "0 or more" if zero_ok else "above 0"
+            self.report(at, path, f'must be a decimal string {bound}, e.g. "500.00"')
+            return None
+        return value
 
     def virtual_keys(self) -> None:
         by_id: dict[str, Located[Any]] = {}
@@ -225,3 +262,12 @@ class _Checker:
                     at, ("expires_at",), "expected an ISO date, an ISO datetime or unix seconds"
                 )
             self.refs(at, ("scopes",), key.scopes)
+
+
+def _decimal(text: str) -> Decimal | None:
+    """A finite decimal, or None for anything else ("NaN", "Infinity", "five")."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None

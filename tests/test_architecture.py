@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLANES = ("sidecar", "policyd", "collector", "fakeprovider", "sidegate")
 
 # The contracts each plane may reach in another: dependency-free schema modules only.
-CONTRACTS = {"policyd.bundle", "policyd.status", "collector.record"}
+CONTRACTS = {"policyd.bundle", "policyd.status", "policyd.quota_wire", "collector.record"}
 ALLOWED_ACROSS = {
     "sidecar": CONTRACTS | {"sidegate.logs"},
     "policyd": {"collector.record", "sidegate.logs"},

@@ -115,6 +115,14 @@ def _register_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SECONDS",
         help="how often to check the folder for changes (default %(default)s)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_int_env("SIDEGATE_METRICS_PORT"),
+        metavar="PORT",
+        help="serve Prometheus /metrics over plain HTTP on this port (env SIDEGATE_METRICS_PORT; "
+        "default off; the webhook port serves it too)",
+    )
     webhook = p.add_argument_group("admission webhook (enabled by --webhook-port)")
     webhook.add_argument(
         "--webhook-host",

@@ -257,6 +257,7 @@ def _policyd(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         injector_config=args.injector_config,
+        metrics_port=args.metrics_port,
     )
     return run_service(options)
 

@@ -111,9 +111,10 @@ _VOLUME_STATE = "sidegate-state"
 _VOLUME_KEYS = "sidegate-keys"
 _VOLUME_TMP = "sidegate-tmp"
 
-# An exec probe, because the sidecar listens on loopback only and kubelet HTTP probes dial the
-# pod IP. `-I -S` skip site-packages so a probe costs a bare interpreter start.
+# Without an admin port the sidecar listens on loopback only and kubelet HTTP probes dial the
+# pod IP, so probes exec a bare interpreter (`-I -S` skip site-packages) instead.
 _PROBE_SCRIPT = "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}{path}', timeout=2)"
+ADMIN_PORT_NAME = "sidegate-admin"  # Prometheus (the chart's PodMonitor) scrapes it by name
 
 
 def _pointer(token: str) -> str:
@@ -126,9 +127,14 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
 
 
 def _probe(config: InjectorConfig, path: str, *, period_s: int, failures: int) -> dict[str, Any]:
-    script = _PROBE_SCRIPT.format(port=config.port, path=path)
+    check: dict[str, Any]
+    if config.admin_port is not None:
+        check = {"httpGet": {"path": path, "port": ADMIN_PORT_NAME}}
+    else:
+        script = _PROBE_SCRIPT.format(port=config.port, path=path)
+        check = {"exec": {"command": ["python", "-I", "-S", "-c", script]}}
     return {
-        "exec": {"command": ["python", "-I", "-S", "-c", script]},
+        **check,
         "periodSeconds": period_s,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
@@ -157,12 +163,20 @@ class Injector:
             _field_env("SIDEGATE_SERVICE_ACCOUNT", "spec.serviceAccountName"),
             *({"name": k, "value": v} for k, v in sorted(config.extra_env.items())),
         ]
+        if config.admin_port is not None:
+            admin = {"name": "SIDEGATE_ADMIN_LISTEN", "value": f"0.0.0.0:{config.admin_port}"}
+            static_env.insert(1, admin)
         self._static_env = tuple(static_env)
         self._container = {
             "name": config.container_name,
             "image": config.image,
             "imagePullPolicy": config.image_pull_policy,
             "args": ["sidecar"],
+            **(
+                {"ports": [{"name": ADMIN_PORT_NAME, "containerPort": config.admin_port}]}
+                if config.admin_port is not None
+                else {}
+            ),
             "resources": {
                 "requests": dict(config.resources.requests),
                 "limits": dict(config.resources.limits),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,8 +25,10 @@ from nats.aio.client import Client as NATS
 
 from policyd.compiler import compile_dir
 from policyd.errors import PolicydError, SigningKeyError
+from policyd.metrics import PolicydMetrics, start_metrics_server
 from policyd.problems import Invalid
 from policyd.publisher import PolicyStore, Published, Unchanged, connect
+from policyd.quota import serve_leases
 from policyd.signing import load_signing_key
 from policyd.source import fingerprint
 from sidegate.logs import configure as configure_logging
@@ -48,15 +51,28 @@ class ServiceOptions(msgspec.Struct, frozen=True, kw_only=True):
     tls_cert: str | None = None
     tls_key: str | None = None
     injector_config: str | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = None  # plain-HTTP /metrics; the webhook port serves it as well
+    status_refresh_s: float = 15.0  # how often sidecar convergence is re-read for /metrics
+    budget_lease_ttl_s: float = 60.0  # how long a budget slice lives without renewal
+    budget_reclaim_grace_s: float = 60.0  # past its expiry, before a silent slice is reclaimed
 
 
 class PolicyApplier:
     """Re-applies the folder whenever its bytes change or a reload is asked for."""
 
-    def __init__(self, store: PolicyStore, policy_dir: Path, *, poll_interval_s: float) -> None:
+    def __init__(
+        self,
+        store: PolicyStore,
+        policy_dir: Path,
+        *,
+        poll_interval_s: float,
+        metrics: PolicydMetrics | None = None,
+    ) -> None:
         self._store = store
         self._dir = policy_dir
         self._poll_interval_s = poll_interval_s
+        self._metrics = metrics
         self._applied: str | None = None  # fingerprint of the folder last handled
         self._reload = asyncio.Event()
 
@@ -66,6 +82,13 @@ class PolicyApplier:
 
     async def apply(self) -> Published | Unchanged | Invalid | None:
         """Compile and publish once; None when NATS failed and the next tick should retry."""
+        started = time.perf_counter()
+        result = await self._apply()
+        if self._metrics is not None:
+            self._metrics.applied(result, time.perf_counter() - started)
+        return result
+
+    async def _apply(self) -> Published | Unchanged | Invalid | None:
         seen = await asyncio.to_thread(fingerprint, self._dir)
         compiled = await asyncio.to_thread(compile_dir, self._dir)
         if isinstance(compiled, Invalid):
@@ -115,27 +138,58 @@ async def serve(options: ServiceOptions, stop: asyncio.Event) -> int:
         # Refused at start, not at the first publish: an unsigned policyd would otherwise run
         # "healthy" while every sidecar rejects what it writes.
         raise SigningKeyError(None, "a signing key is required (or --insecure-unsigned)")
-    runner = None
-    if options.webhook_port is not None:
-        runner = await _start_webhook(options, options.webhook_port)
+    metrics = PolicydMetrics()
+    runners: list[web.AppRunner] = []
     try:
-        nc = await _unless_stopped(connect(options.nats_url, persistent=True), stop)
-        if nc is None:
+        if options.webhook_port is not None:
+            runners.append(await _start_webhook(options, options.webhook_port, metrics))
+        if options.metrics_port is not None:
+            host, port = options.metrics_host, options.metrics_port
+            runners.append(await start_metrics_server(host, port, metrics))
+            log.info("metrics_listening", host=host, port=port)
+        return await _serve(options, stop, signing_key, metrics)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def _serve(
+    options: ServiceOptions,
+    stop: asyncio.Event,
+    signing_key: SigningKey | None,
+    metrics: PolicydMetrics,
+) -> int:
+    """Connect, open the store and apply the folder until `stop` is set."""
+    nc = await _unless_stopped(connect(options.nats_url, persistent=True), stop)
+    if nc is None:
+        return 0
+    try:
+        store = await _open_store(nc, options, signing_key, stop)
+        if store is None:
             return 0
+        applier = PolicyApplier(
+            store, options.policy_dir, poll_interval_s=options.poll_interval_s, metrics=metrics
+        )
+        follower = asyncio.create_task(
+            metrics.follow(store, interval_s=options.status_refresh_s), name="policy-metrics"
+        )
+        leases = asyncio.create_task(
+            serve_leases(
+                nc, lease_ttl_s=options.budget_lease_ttl_s,
+                reclaim_grace_s=options.budget_reclaim_grace_s, registry=metrics.registry,
+            ),
+            name="budget-leases",
+        )  # fmt: skip
         try:
-            store = await _open_store(nc, options, signing_key, stop)
-            if store is None:
-                return 0
-            applier = PolicyApplier(
-                store, options.policy_dir, poll_interval_s=options.poll_interval_s
-            )
             with _signal(signal.SIGHUP, applier.reload):
                 await applier.run(stop)
         finally:
-            await nc.close()
+            for task in (follower, leases):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        await nc.close()
     return 0
 
 
@@ -155,7 +209,9 @@ async def _open_store(
     return None
 
 
-async def _start_webhook(options: ServiceOptions, port: int) -> web.AppRunner:
+async def _start_webhook(
+    options: ServiceOptions, port: int, metrics: PolicydMetrics
+) -> web.AppRunner:
     # Imported here: the webhook pulls in TLS and metrics code a policy-only policyd skips.
     from policyd.webhook import load_injector_config, start_webhook
 
@@ -167,6 +223,7 @@ async def _start_webhook(options: ServiceOptions, port: int) -> web.AppRunner:
         cert_file=options.tls_cert,
         key_file=options.tls_key,
         config=load_injector_config(options.injector_config),
+        metrics=metrics.registry,
     )
     log.info("webhook_listening", host=options.webhook_host, port=options.webhook_port)
     return runner

@@ -23,11 +23,12 @@ from typing import Literal
 import msgspec
 import structlog
 from aiohttp import web
-from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from policyd.errors import PolicydError
 from policyd.injection import Decision, Injector, pod_decoder
+from policyd.metrics import exposition
 
 __all__ = [
     "InjectorConfig",
@@ -121,6 +122,9 @@ class InjectorConfig(_Config, frozen=True):
     native_sidecars: bool = True
     container_name: str = "sidegate"
     port: int = 4000
+    # The sidecar's admin listener on the pod IP (/healthz, /readyz, /metrics only): HTTP
+    # probes and Prometheus use it. None keeps everything on loopback, probed by exec.
+    admin_port: int | None = 4001
     resources: Resources = msgspec.field(default_factory=Resources)
     provider_secrets: tuple[str, ...] = ()  # Secrets in the pod's namespace, sidecar envFrom
     environments: dict[str, str] = {}  # namespace -> SIDEGATE_ENVIRONMENT
@@ -135,6 +139,10 @@ class InjectorConfig(_Config, frozen=True):
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError("`port` must be between 1 and 65535")
+        if self.admin_port is not None and not 1 <= self.admin_port <= 65535:
+            raise ValueError("`admin_port` must be between 1 and 65535, or null")
+        if self.admin_port == self.port:
+            raise ValueError("`admin_port` must differ from `port`")
         if self.run_as_user <= 0:
             raise ValueError("`run_as_user` must be a non-root UID")
         if self.termination_grace_seconds < 0:
@@ -245,6 +253,7 @@ def answer(request: AdmissionRequest, decision: Decision | None) -> ReviewReply:
 # --- HTTP ---
 
 INJECTOR = web.AppKey("injector", Injector)
+POLICYD_METRICS = web.AppKey("policyd_metrics", CollectorRegistry)
 
 
 def _problem(status: int, message: str) -> web.Response:
@@ -288,15 +297,20 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-async def _metrics(_: web.Request) -> web.Response:
-    body = generate_latest(REGISTRY)
+async def _metrics(request: web.Request) -> web.Response:
+    body = exposition(request.app.get(POLICYD_METRICS))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(config: InjectorConfig) -> web.Application:
-    """The webhook application: POST /mutate, GET /healthz, GET /metrics."""
+def build_app(
+    config: InjectorConfig, *, metrics: CollectorRegistry | None = None
+) -> web.Application:
+    """The webhook application: POST /mutate, GET /healthz, GET /metrics (with policyd's own
+    `metrics` when the policy service runs in the same process)."""
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app[INJECTOR] = Injector(config)
+    if metrics is not None:
+        app[POLICYD_METRICS] = metrics
     app.router.add_post(MUTATE_PATH, _mutate)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -344,10 +358,11 @@ async def start_webhook(
     key_file: str,
     config: InjectorConfig,
     reload_interval_s: float = 30.0,
+    metrics: CollectorRegistry | None = None,
 ) -> web.AppRunner:
     """Serve the webhook over TLS; the caller owns the runner and calls `cleanup()` to stop."""
     context = tls_context(cert_file, key_file)
-    app = build_app(config)
+    app = build_app(config, metrics=metrics)
 
     async def reloader(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(

@@ -124,6 +124,35 @@ CRD_SCHEMAS: dict[tuple[str, str], Json] = {
             },
         },
     },
+    ("monitoring.coreos.com/v1", "PodMonitor"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _meta,
+            "spec": {
+                "type": "object",
+                "required": ["selector", "podMetricsEndpoints"],
+                "properties": {
+                    "namespaceSelector": {
+                        "type": "object",
+                        "properties": {
+                            "any": {"type": "boolean"},
+                            "matchNames": {"type": "array", "items": _name},
+                        },
+                    },
+                    "podMetricsEndpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["port"],
+                            "properties": {"scheme": {"enum": ["http", "https"]}},
+                        },
+                    },
+                },
+            },
+        },
+    },
 }
 
 

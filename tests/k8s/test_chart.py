@@ -47,7 +47,14 @@ VALUE_SETS: dict[str, tuple[Json, str, list[str]]] = {
     ),
     "external-nats": ({**BASE, "nats": {"url": "nats://nats.messaging.svc:4222"}}, "v1.33.0", []),
     "observability": (
-        {**BASE, "metrics": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True}}},
+        {
+            **BASE,
+            "metrics": {
+                "serviceMonitor": {"enabled": True},
+                "podMonitor": {"enabled": True},
+                "dashboard": {"enabled": True},
+            },
+        },
         "v1.33.0",
         PROMETHEUS,
     ),
@@ -312,7 +319,7 @@ def test_policy_files_from_values_reach_policyd() -> None:
 def test_service_monitor_scrapes_policyd_over_the_webhook_tls() -> None:
     objects = rendered("observability")
 
-    endpoint = find(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    endpoint = find(objects, "ServiceMonitor", "sidegate-policyd")["spec"]["endpoints"][0]
     assert (endpoint["port"], endpoint["scheme"], endpoint["path"]) == (
         "webhook",
         "https",
@@ -330,6 +337,47 @@ def test_dashboard_config_map_holds_a_grafana_dashboard() -> None:
     queries = [target["expr"] for panel in model["panels"] for target in panel["targets"]]
     assert queries
     assert all('job=~"$release-policyd"' in query for query in queries)
+
+
+def test_service_monitor_scrapes_the_collectors_http_port() -> None:
+    monitor = find(rendered("observability"), "ServiceMonitor", "sidegate-collector")
+
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "collector"
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert (endpoint["port"], endpoint["path"], endpoint["scheme"]) == ("http", "/metrics", "http")
+
+
+def test_pod_monitor_scrapes_every_injected_sidecar_by_its_admin_port_name() -> None:
+    objects = rendered("observability")
+
+    spec = find(objects, "PodMonitor", "sidegate-sidecars")["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    assert spec["podMetricsEndpoints"][0]["port"] == "sidegate-admin"
+    config = json.loads(find(objects, "ConfigMap", "sidegate-injector")["data"]["injector.json"])
+    assert config["admin_port"] == 4001
+
+
+def test_a_null_admin_port_keeps_the_sidecar_on_loopback_and_renders_no_pod_monitor() -> None:
+    values: Json = {
+        **BASE,
+        "injector": {"sidecar": {"adminPort": None}},
+        "metrics": {"podMonitor": {"enabled": True}},
+    }
+    objects = render(values, api_versions=PROMETHEUS)
+
+    assert "PodMonitor" not in kinds(objects)
+    config = json.loads(find(objects, "ConfigMap", "sidegate-injector")["data"]["injector.json"])
+    assert config["admin_port"] is None
+
+
+def test_gateway_dashboard_covers_the_sidecars_and_the_collector() -> None:
+    dashboard = find(rendered("observability"), "ConfigMap", "sidegate-dashboard")
+
+    model: dict[str, Any] = json.loads(dashboard["data"]["sidegate-gateway.json"])
+    assert model["uid"] == "sidegate-gateway"
+    queries = [target["expr"] for panel in model["panels"] for target in panel["targets"]]
+    assert any('job=~".*/$release-sidecars"' in query for query in queries)
+    assert any('job=~"$release-collector"' in query for query in queries)
 
 
 def test_the_starter_policy_compiles_into_a_bundle(tmp_path: Path) -> None:

@@ -154,3 +154,18 @@ def test_config_rejects_a_public_key_that_is_not_ed25519(tmp_path: Path) -> None
 
     with pytest.raises(InjectorConfigError, match="not a base64 Ed25519 public key"):
         load_injector_config(str(path))
+
+
+def test_without_an_admin_port_the_sidecar_is_probed_on_loopback_by_exec() -> None:
+    decision = decide(recorded_pod(), admin_port=None)
+
+    (container,) = added(decision, "/spec/initContainers")
+    assert "ports" not in container
+    assert "SIDEGATE_ADMIN_LISTEN" not in sidecar_env(decision)
+    command = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert "http://127.0.0.1:4000/readyz" in command
+
+
+def test_an_admin_port_equal_to_the_proxy_port_is_refused() -> None:
+    with pytest.raises(ValueError, match="admin_port"):
+        injector_config(admin_port=4000)

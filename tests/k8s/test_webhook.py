@@ -153,9 +153,10 @@ async def test_sidecar_has_resources_probes_and_writable_state(webhook: Webhook)
 
     sidecar = the_sidecar(pod)
     assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "96Mi"}
-    readiness = " ".join(sidecar["readinessProbe"]["exec"]["command"])
-    assert "http://127.0.0.1:4000/readyz" in readiness
-    assert "/healthz" in " ".join(sidecar["livenessProbe"]["exec"]["command"])
+    assert sidecar["ports"] == [{"name": "sidegate-admin", "containerPort": 4001}]
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "sidegate-admin"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "sidegate-admin"}
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "sidegate-admin"}
     assert env_of(sidecar)["SIDEGATE_STATE_DIR"]["value"] == "/var/lib/sidegate"
     state = next(v for v in pod["spec"]["volumes"] if v["name"] == "sidegate-state")
     assert "emptyDir" in state
@@ -203,6 +204,7 @@ async def test_the_sidecar_understands_the_environment_it_is_given(
     settings = from_env(environ)
 
     assert (settings.host, settings.port) == ("127.0.0.1", 4000)
+    assert settings.admin_listen == "0.0.0.0:4001"
     assert settings.public_keys == webhook.config.public_keys.keys
     assert settings.nats_url == webhook.config.nats_url
     assert str(settings.state_dir) == "/var/lib/sidegate"

@@ -110,6 +110,7 @@ capabilities:
   "native_sidecars" (eq (include "sidegate.nativeSidecars" .) "true")
   "public_keys" $keys
   "port" (int $sidecar.port)
+  "admin_port" (ternary nil (int $sidecar.adminPort) (kindIs "invalid" $sidecar.adminPort))
   "resources" $sidecar.resources
   "provider_secrets" .Values.providers.secrets
   "environments" .Values.injector.environments

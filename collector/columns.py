@@ -2,8 +2,10 @@
 
 The table follows the contract field by field, so a field added to `collector/record.py`
 becomes a column without a hand-kept list drifting out of step. Each column knows its DuckDB
-type, its Arrow type and its default; `to_arrow` turns a batch of records into one Arrow table
-that DuckDB ingests in a single statement (no per-row round trips).
+type, its Arrow type, its default and (for Literal fields) its allowed values; `to_arrow` turns
+a batch of records into one Arrow table that DuckDB ingests in a single statement. Two columns
+are derived rather than sent: `ts` (ts_ms as a timestamp) and `end_ms` (when the request
+finished, the order records arrive in, which the store's dedup uses to stay narrow).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Final
 import msgspec
 import msgspec.inspect as mi
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from collector.record import Decision, UsageRecord
 
@@ -36,6 +39,9 @@ class Column(msgspec.Struct, frozen=True):
     nullable: bool
     default_sql: str | None  # a SQL literal, so a column added later back-fills old rows
     convert: Convert | None  # None: derived in `to_arrow`, not read from the record
+    default: Any = None  # the contract's default as a Python value (None: none, or None)
+    required: bool = False  # no default: a record without it is not a record
+    choices: tuple[str, ...] = ()  # a Literal field's allowed values
 
     def ddl(self, *, constraints: bool = True) -> str:
         """The column's definition; ALTER TABLE ADD COLUMN takes no NOT NULL, hence the switch."""
@@ -131,13 +137,27 @@ def _column(field: mi.Field) -> Column:
         # A contract change the store cannot map must fail in tests, not at 3 a.m.
         raise TypeError(f"usage record field {field.name}: no column type for {t}")
     sql_type, arrow_type, convert = found
+    default: Any = None
     if field.default_factory is not msgspec.NODEFAULT:
+        default = field.default_factory()
         default_sql = f"[]::{sql_type}" if isinstance(t, mi.ListType) else None
     elif field.default is msgspec.NODEFAULT:
         default_sql = None  # required on the wire, so no default in the table either
     else:
+        default = field.default
         default_sql = _sql_literal(field.default)
-    return Column(field.name, sql_type, arrow_type, nullable, default_sql, convert)
+    choices = tuple(str(v) for v in t.values) if isinstance(t, mi.LiteralType) else ()
+    return Column(
+        field.name,
+        sql_type,
+        arrow_type,
+        nullable,
+        default_sql,
+        convert,
+        default=default,
+        required=field.required,
+        choices=choices,
+    )
 
 
 def _record_columns() -> tuple[Column, ...]:
@@ -159,24 +179,44 @@ TS_COLUMN: Final = Column(
     default_sql="'epoch'::TIMESTAMPTZ",
     convert=None,
 )
-ALL_COLUMNS: Final[tuple[Column, ...]] = (*RECORD_COLUMNS, TS_COLUMN)
+# When the request finished: ts_ms + latency_ms rounded up. Records reach the collector in
+# about this order (a record is sent when its request ends), so a batch's end_ms values sit in
+# a narrow range even when some requests streamed for minutes; see store.py's dedup.
+END_COLUMN: Final = Column(
+    name="end_ms",
+    sql_type="BIGINT",
+    arrow_type=pa.int64(),
+    nullable=False,
+    default_sql="0",
+    convert=None,
+)
+ALL_COLUMNS: Final[tuple[Column, ...]] = (*RECORD_COLUMNS, TS_COLUMN, END_COLUMN)
+DECISION_TYPE: Final = _DECISION_TYPE
 
 _CONVERTERS: Final = tuple(c.convert for c in RECORD_COLUMNS if c.convert is not None)
 _TS_MS_INDEX: Final = next(i for i, c in enumerate(RECORD_COLUMNS) if c.name == "ts_ms")
-_SCHEMA: Final = pa.schema([pa.field(c.name, c.arrow_type, c.nullable) for c in ALL_COLUMNS])
+_LATENCY_INDEX: Final = next(i for i, c in enumerate(RECORD_COLUMNS) if c.name == "latency_ms")
+SCHEMA: Final = pa.schema([pa.field(c.name, c.arrow_type, c.nullable) for c in ALL_COLUMNS])
+RECORD_SCHEMA: Final = pa.schema([pa.field(c.name, c.arrow_type) for c in RECORD_COLUMNS])
+"""The record part alone, every field nullable: what a JSON reader fills before defaults."""
+
+
+def derived(ts_ms: pa.Array, latency_ms: pa.Array) -> list[pa.Array]:
+    """The `ts` and `end_ms` arrays; raises pyarrow errors for values out of range."""
+    latency = pc.cast(pc.ceil(latency_ms), pa.int64())  # a safe cast: inf or NaN raise
+    return [ts_ms.cast(TS_COLUMN.arrow_type), pc.add_checked(ts_ms, latency)]
 
 
 def to_arrow(records: Sequence[UsageRecord]) -> pa.Table:
     """One Arrow table for a batch; raises pyarrow/decimal errors for values the table cannot
     hold (find the culprits with `reject_reason`)."""
     if not records:
-        return _SCHEMA.empty_table()
+        return SCHEMA.empty_table()
     # astuple and zip run in C: one pass to rows, one transpose to columns.
     by_column = list(zip(*map(msgspec.structs.astuple, records), strict=True))
     arrays = [convert(values) for convert, values in zip(_CONVERTERS, by_column, strict=True)]
-    ts_ms = arrays[_TS_MS_INDEX]
-    arrays.append(ts_ms.cast(TS_COLUMN.arrow_type))
-    return pa.Table.from_arrays(arrays, schema=_SCHEMA)
+    arrays += derived(arrays[_TS_MS_INDEX], arrays[_LATENCY_INDEX])
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def reject_reason(record: UsageRecord) -> str | None:

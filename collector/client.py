@@ -15,14 +15,17 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import msgspec
 
 from collector.decisions import DecisionsResult, build_decisions, decisions_decoder
 from collector.export import FILE_NAME, ExportPlan, export_parquet, install_day, plan_decoder
+from collector.focus import FocusFormat, write_focus
+from collector.html import SECTIONS, render_html, section_query
 from collector.report import ReportQuery, ReportResult, build_report, iso_ms, report_decoder
+from collector.reports import VIEWS, decode
 from collector.service import read_info
 from collector.store import Store, StoreError
 
@@ -89,6 +92,57 @@ def decisions(sources: Sequence[Source], query: ReportQuery) -> DecisionsResult 
     )
 
 
+def view(sources: Sequence[Source], name: str, query: ReportQuery) -> Any:
+    """One report view's typed result (see reports.VIEWS), or a message saying why not."""
+    spec = VIEWS[name]
+    return ask(
+        sources,
+        http=lambda url: _decoded_view(get(url, f"/v1/view/{name}", _params(query)), name),
+        file=lambda path: with_store(path, lambda cur: spec.build(cur, query)),
+    )
+
+
+class Page(msgspec.Struct, frozen=True):
+    html: str
+
+
+def html_report(sources: Sequence[Source], query: ReportQuery) -> Page | str:
+    """The self-contained HTML page of every view over `query`'s range and filters."""
+    results: dict[str, Any] = {}
+    for section, name, groups, bucket in SECTIONS:
+        found = view(sources, name, section_query(query, groups, bucket))
+        if isinstance(found, str):
+            return found
+        results[section] = found
+    return Page(render_html(query, results))
+
+
+def focus(sources: Sequence[Source], query: ReportQuery, out: Path, fmt: FocusFormat) -> int | str:
+    """FOCUS charges of the range into the file `out`; returns the rows written."""
+
+    def over_http(url: str) -> int | str:
+        params = [p for p in _params(query) if p[0] != "format"]
+        body = get(url, "/v1/export/focus", [*params, ("format", fmt)])
+        if isinstance(body, str):
+            return body
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_bytes(body)
+        tmp.replace(out)
+        with duckdb.connect() as conn:
+            reader = "read_csv" if fmt == "csv" else "read_parquet"
+            row = conn.execute(f"SELECT count(*) FROM {reader}(?)", [str(out)]).fetchone()
+        return int(row[0]) if row else 0
+
+    return ask(
+        sources,
+        http=over_http,
+        file=lambda path: with_store(
+            path, lambda cur: write_focus(cur, out, fmt, query.since_ms, query.until_ms)
+        ),
+    )
+
+
 def export(sources: Sequence[Source], query: ReportQuery, out_dir: Path) -> ExportPlan | str:
     """Parquet files per UTC day into `out_dir`, from whichever source answers."""
     return ask(
@@ -140,6 +194,7 @@ def _params(query: ReportQuery) -> list[tuple[str, str]]:
     ]
     if query.bucket:
         params.append(("by", query.bucket))
+    params.append(("top", str(query.top)))
     return params + [("filter", f"{k}={v}") for k, v in query.filters.items()]
 
 
@@ -148,6 +203,15 @@ def _decoded(body: bytes | str, decoder: msgspec.json.Decoder[_T]) -> _T | str:
         return body
     try:
         return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        return f"unexpected answer from the collector: {exc}"
+
+
+def _decoded_view(body: bytes | str, name: str) -> Any:
+    if isinstance(body, str):
+        return body
+    try:
+        return decode(name, body)
     except msgspec.DecodeError as exc:
         return f"unexpected answer from the collector: {exc}"
 

@@ -89,10 +89,12 @@ def title(what: str, query: ReportQuery) -> str:
 
 
 def table_lines(
-    caption: str, headers: list[str], body: list[list[str]], totals: list[str], *, left: int
+    caption: str, headers: list[str], body: list[list[str]], totals: list[str] | None, *, left: int
 ) -> list[str]:
-    """Lines of an aligned table: the first `left` columns left-aligned, the rest right."""
-    widths = [max(len(r[i]) for r in [headers, *body, totals]) for i in range(len(headers))]
+    """Lines of an aligned table: the first `left` columns left-aligned, the rest right; a
+    totals row, when given, is set apart by a rule."""
+    rows = [headers, *body, *([totals] if totals is not None else [])]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
         parts = [
@@ -102,6 +104,8 @@ def table_lines(
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
+    if totals is None:
+        return [caption, "", line(headers), rule, *map(line, body)]
     middle = [*map(line, body), rule] if body else []
     return [caption, "", line(headers), rule, *middle, line(totals)]
 

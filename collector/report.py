@@ -48,16 +48,17 @@ BUCKET_SQL: Final[dict[str, str]] = {
     "day": "strftime(day, '%Y-%m-%d')",
     "hour": "strftime(hour, '%Y-%m-%dT%H:00Z')",
 }
+# Over `usage_facts` (raw records and daily rollups alike), so sums reach past retention.
 METRICS: Final[tuple[tuple[str, str], ...]] = (
-    ("spend_usd", "COALESCE(SUM(cost_usd), 0)"),
-    ("requests", "COUNT(*)"),
+    ("spend_usd", "COALESCE(SUM(spend_usd), 0)"),
+    ("requests", "SUM(requests)"),
     ("input_tokens", "COALESCE(SUM(input_tokens), 0)"),
     ("output_tokens", "COALESCE(SUM(output_tokens), 0)"),
     ("cached_input_tokens", "COALESCE(SUM(cached_input_tokens), 0)"),
     ("reasoning_tokens", "COALESCE(SUM(reasoning_tokens), 0)"),
-    ("errors", "COUNT(*) FILTER (WHERE outcome = 'error')"),
-    ("denied", "COUNT(*) FILTER (WHERE outcome = 'denied')"),
-    ("unpriced", "COUNT(*) FILTER (WHERE cost_usd IS NULL)"),
+    ("errors", "SUM(errors)"),
+    ("denied", "SUM(denied)"),
+    ("unpriced", "SUM(unpriced)"),
 )
 _RELATIVE = re.compile(r"^(\d+)(s|m|h|d|w)$")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -73,6 +74,7 @@ class ReportQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     group_by: tuple[GroupColumn, ...] = DEFAULT_GROUP_BY
     bucket: Bucket | None = None
     filters: dict[GroupColumn, str] = {}
+    top: int = 10  # rows the movers view keeps
 
 
 class ReportRow(msgspec.Struct, kw_only=True):
@@ -140,6 +142,7 @@ def parse_query(
     until: str | None = None,
     by: str | None = None,
     filters: Sequence[str] = (),
+    top: int = 10,
     now: int | None = None,
 ) -> ReportQuery | QueryError:
     """Build a ReportQuery from the text a person typed (CLI flags or HTTP query parameters).
@@ -180,6 +183,7 @@ def parse_query(
                 "group_by": columns,
                 "bucket": by if by in BUCKET_SQL else None,
                 "filters": where,
+                "top": top,
             },
             ReportQuery,
         )
@@ -213,8 +217,8 @@ def build_report(conn: duckdb.DuckDBPyConnection, query: ReportQuery) -> ReportR
     order += [f"g{i}" for i in range(len(groups))]
     where, params = where_clause(query)
     sql = (
-        f"SELECT {', '.join(select)} FROM usage WHERE {where} "
-        f"GROUP BY ALL HAVING COUNT(*) > 0 ORDER BY {', '.join(order)}"
+        f"SELECT {', '.join(select)} FROM usage_facts WHERE {where} "
+        f"GROUP BY ALL HAVING SUM(requests) > 0 ORDER BY {', '.join(order)}"
     )
     rows = [_row(query, values) for values in conn.execute(sql, params).fetchall()]
     return ReportResult(query=query, rows=rows, totals=total(rows))

@@ -27,9 +27,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from collector.api import add_routes
 from collector.consumer import Consumer, ConsumerSettings
 from collector.decisions import build_decisions, render_decisions
 from collector.export import FILE_NAME, parse_day, plan_export, write_day
+from collector.jobs import Jobs, JobSettings
+from collector.metrics import CollectorMetrics
 from collector.render import CONTENT_TYPES, FORMATS, parse_format, render
 from collector.report import QueryError, ReportQuery, build_report, parse_query
 from collector.store import Store, StoreError
@@ -47,6 +50,8 @@ class CollectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     http_host: str = "127.0.0.1"
     http_port: int = 4002  # 0 picks a free port; collector.json records the real one
     consumer: ConsumerSettings = ConsumerSettings()
+    jobs: JobSettings = JobSettings()
+    db_threads: int = 0  # DuckDB worker threads; 0: one per core
 
 
 class CollectorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +79,8 @@ class Collector:
         self.url = ""
         self.store: Store | None = None
         self.consumer: Consumer | None = None
+        self.metrics: CollectorMetrics | None = None
+        self.jobs: Jobs | None = None
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._reports = asyncio.Semaphore(_MAX_CONCURRENT_REPORTS)
@@ -82,16 +89,21 @@ class Collector:
         self._db_path = Path(settings.db_path).resolve()
 
     async def start(self) -> None:
-        self.store = await asyncio.to_thread(Store.open, self.settings.db_path)
+        self.store = await asyncio.to_thread(
+            partial(Store.open, self.settings.db_path, threads=self.settings.db_threads or None)
+        )
         self.consumer = Consumer(self.settings.consumer, self.store)
+        self.metrics = CollectorMetrics(self.consumer)
         app = web.Application()
         app[_COLLECTOR] = self
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/readyz", _readyz)
+        app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/v1/report", _report)
         app.router.add_get("/v1/decisions", _decisions)
         app.router.add_get("/v1/export/plan", _export_plan)
         app.router.add_get("/v1/export/day", _export_day)
+        add_routes(app.router, self.read)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
@@ -104,6 +116,8 @@ class Collector:
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self._task = asyncio.create_task(self.consumer.run(), name="collector-consumer")
+        self.jobs = Jobs(self.settings.jobs, self.store)
+        self.jobs.start()
         info = CollectorInfo(
             url=self.url,
             pid=os.getpid(),
@@ -126,6 +140,8 @@ class Collector:
             return
         self._stopped = True
         self._state_file.unlink(missing_ok=True)
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.consumer is not None:
             self.consumer.stop()
             if self._task is not None:

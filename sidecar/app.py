@@ -10,7 +10,7 @@ from aiohttp import web
 
 from sidecar import tokens
 from sidecar.budgets import BudgetLedger
-from sidecar.bundles import PolicyState, PolicyWatcher, Verifier
+from sidecar.bundles import BundleRejected, PolicyState, PolicyWatcher, Verifier
 from sidecar.context import RequestContext
 from sidecar.emitter import Spool, UsageEmitter
 from sidecar.errors import IngressFormat, Reject, error_response
@@ -19,6 +19,7 @@ from sidecar.limits import Limiter
 from sidecar.metrics import BudgetCollector
 from sidecar.natslink import NatsLink
 from sidecar.pipeline import Pipeline
+from sidecar.policy import CompiledBundle
 from sidecar.proxy import NO_BUNDLE, Proxy, new_record_id
 from sidecar.routes import CHAT, MODEL_ROUTES, models_page
 from sidecar.routing.health import HealthBook
@@ -116,6 +117,19 @@ async def not_found(request: web.Request) -> web.Response:
     )
 
 
+async def _load_tokenizer_when_needed(state: PolicyState) -> None:
+    """Load tiktoken (about 40 MiB) once a bundle estimates tokens before calls, not before."""
+    events: asyncio.Queue[CompiledBundle | BundleRejected] = asyncio.Queue()
+    state.listeners.append(events)
+    event: CompiledBundle | BundleRejected | None = state.active
+    while True:
+        if isinstance(event, CompiledBundle) and event.estimates_tokens:
+            tokens.load_in_background()
+            state.listeners.remove(events)
+            return
+        event = await events.get()
+
+
 def create_app(settings: Settings, *, spans: SpanSink | None = None) -> web.Application:
     """The sidecar; `spans` exports one span per request (see sidecar.tracing)."""
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
@@ -169,7 +183,7 @@ def create_app(settings: Settings, *, spans: SpanSink | None = None) -> web.Appl
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Fail-static: the persisted bundle is enforced before NATS is even tried.
         state.load_persisted()
-        await asyncio.to_thread(tokens.warm_up)
+        estimates = asyncio.create_task(_load_tokenizer_when_needed(state), name="tokenizer")
         await upstream.start()
         link.start()
         watcher.start()
@@ -193,6 +207,7 @@ def create_app(settings: Settings, *, spans: SpanSink | None = None) -> web.Appl
         await telemetry.close()
         if admin is not None:
             await admin.stop()
+        estimates.cancel()
 
     app.cleanup_ctx.append(lifecycle)
     return app

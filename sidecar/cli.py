@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     import asyncio
 
-    asyncio.set_event_loop((loop_factory or asyncio.new_event_loop)())
+    # run_app makes a plain asyncio loop unless handed one: pass uvloop's explicitly.
+    loop = (loop_factory or asyncio.new_event_loop)()
+    asyncio.set_event_loop(loop)
     workload = settings.workload
     resource = {
         "service.instance.id": settings.sidecar_id,
@@ -78,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
         print=None,
         handler_cancellation=True,
         shutdown_timeout=settings.drain_timeout_s,
+        loop=loop,
     )
     return 0

@@ -240,6 +240,13 @@ class CompiledBundle:
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.revision = bundle.revision
+        # Whether any rule needs prompt-token estimates before the call.
+        self.estimates_tokens = any(
+            (r.caps is not None and (r.caps.max_input_tokens or r.caps.max_cost_usd))
+            or any(limit.tpm for limit in r.rate_limits or ())
+            or r.budgets
+            for r in bundle.rules
+        )
         self.content_hash = bundle.content_hash
         self.models = {
             name: _compile_model(name, m, bundle.providers) for name, m in bundle.models.items()

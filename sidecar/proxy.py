@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from collector.record import UsageRecord
+from sidecar import tokens
 from sidecar.accounting import build_record
 from sidecar.bundles import PolicyState
 from sidecar.context import RequestContext
@@ -143,6 +144,9 @@ class Proxy:
                 return self._deny(ctx, outcome, _KEY_REUSED, denied=False)
             owner = found
             outcome.capture = bytearray()
+        if ctx.view is not None and ctx.view.is_stream:
+            # An aborted stream is estimated with tiktoken: have it ready before one aborts.
+            tokens.load_in_background()
         bridge = Bridge(ctx)
         self.mirror.maybe_start(ctx, bridge)
         try:

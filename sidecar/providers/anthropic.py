@@ -20,6 +20,7 @@ from sidecar.providers.base import (
     StreamDecoder,
     StreamEncoder,
     TranslationError,
+    error_message,
     new_id,
     parse_data_url,
 )
@@ -152,27 +153,8 @@ class MessageView(msgspec.Struct):
     usage: AnthropicUsage | None = None
 
 
-class _ErrorDetail(msgspec.Struct):
-    message: str = ""
-
-
-class _ErrorView(msgspec.Struct):
-    error: _ErrorDetail | None = None
-
-
 _request_decoder = msgspec.json.Decoder(MessagesRequest)
 _message_decoder = msgspec.json.Decoder(MessageView)
-_error_decoder = msgspec.json.Decoder(_ErrorView)
-
-
-def error_message(body: bytes) -> str:
-    try:
-        view = _error_decoder.decode(body)
-    except msgspec.DecodeError:
-        view = _ErrorView()
-    if view.error is not None and view.error.message:
-        return view.error.message
-    return body[:300].decode(errors="replace")
 
 
 def finish_of(stop_reason: str | None) -> FinishReason:

@@ -17,11 +17,10 @@ from sidecar.providers.anthropic import (
     AnswerUsage,
     Block,
     MessageView,
-    error_message,
     finish_of,
     message_view,
 )
-from sidecar.providers.base import Event, SSEBuffer, new_id, raise_stream_error, sse
+from sidecar.providers.base import Event, SSEBuffer, error_message, new_id, raise_stream_error, sse
 from sidecar.providers.chat import encode
 from sidecar.usage import AnthropicUsage, TokenUsage
 

@@ -205,3 +205,25 @@ def sse(data: bytes, event: str | None = None) -> bytes:
 
 def raise_stream_error(message: str) -> NoReturn:
     raise UpstreamStreamError(f"The provider reported an error mid-stream: {message}")
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str = ""
+
+
+class _ErrorView(msgspec.Struct):
+    error: _ErrorDetail | None = None
+
+
+_error_decoder = msgspec.json.Decoder(_ErrorView)
+
+
+def error_message(body: bytes) -> str:
+    """A provider error's message: Anthropic and Gemini both put it at `error.message`."""
+    try:
+        view = _error_decoder.decode(body)
+    except msgspec.DecodeError:
+        view = _ErrorView()
+    if view.error is not None and view.error.message:
+        return view.error.message
+    return body[:300].decode(errors="replace")

@@ -21,6 +21,7 @@ from sidecar.providers.base import (
     Reply,
     SSEBuffer,
     TranslationError,
+    error_message,
     new_id,
     parse_data_url,
     raise_stream_error,
@@ -136,26 +137,7 @@ class _Response(msgspec.Struct, rename="camel"):
     error: Any = None
 
 
-class _ErrorDetail(msgspec.Struct):
-    message: str = ""
-
-
-class _ErrorView(msgspec.Struct):
-    error: _ErrorDetail | None = None
-
-
 _response_decoder = msgspec.json.Decoder(_Response)
-_error_decoder = msgspec.json.Decoder(_ErrorView)
-
-
-def error_message(body: bytes) -> str:
-    try:
-        view = _error_decoder.decode(body)
-    except msgspec.DecodeError:
-        view = _ErrorView()
-    if view.error is not None and view.error.message:
-        return view.error.message
-    return body[:300].decode(errors="replace")
 
 
 @lru_cache(maxsize=256)

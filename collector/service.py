@@ -17,7 +17,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
@@ -33,7 +33,7 @@ from collector.decisions import build_decisions, render_decisions
 from collector.export import FILE_NAME, parse_day, plan_export, write_day
 from collector.jobs import Jobs, JobSettings
 from collector.metrics import CollectorMetrics
-from collector.render import CONTENT_TYPES, FORMATS, parse_format, render
+from collector.render import CONTENT_TYPES, FORMATS, Format, parse_format, render
 from collector.report import QueryError, ReportQuery, build_report, parse_query
 from collector.store import Store, StoreError
 
@@ -196,26 +196,26 @@ def _bad_request(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)
 
 
-async def _report(request: web.Request) -> web.Response:
-    fmt = parse_format(request.query.get("format", "json"))
-    query = _query(request)
-    if fmt is None:
-        return _bad_request(f"format must be one of {', '.join(FORMATS)}")
-    if isinstance(query, QueryError):
-        return _bad_request(query.message)
-    result = await request.app[_COLLECTOR].read(partial(build_report, query=query))
-    return web.Response(text=render(result, fmt), content_type=CONTENT_TYPES[fmt])
+def _rendered(
+    build: Callable[..., _T], show: Callable[[_T, Format], str]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A read-only endpoint: parse the query and format, build on a reader, render."""
+
+    async def handle(request: web.Request) -> web.Response:
+        fmt = parse_format(request.query.get("format", "json"))
+        query = _query(request)
+        if fmt is None:
+            return _bad_request(f"format must be one of {', '.join(FORMATS)}")
+        if isinstance(query, QueryError):
+            return _bad_request(query.message)
+        result = await request.app[_COLLECTOR].read(partial(build, query=query))
+        return web.Response(text=show(result, fmt), content_type=CONTENT_TYPES[fmt])
+
+    return handle
 
 
-async def _decisions(request: web.Request) -> web.Response:
-    fmt = parse_format(request.query.get("format", "json"))
-    query = _query(request)
-    if fmt is None:
-        return _bad_request(f"format must be one of {', '.join(FORMATS)}")
-    if isinstance(query, QueryError):
-        return _bad_request(query.message)
-    result = await request.app[_COLLECTOR].read(partial(build_decisions, query=query))
-    return web.Response(text=render_decisions(result, fmt), content_type=CONTENT_TYPES[fmt])
+_report = _rendered(build_report, render)
+_decisions = _rendered(build_decisions, render_decisions)
 
 
 async def _export_plan(request: web.Request) -> web.Response:

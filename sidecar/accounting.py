@@ -8,21 +8,14 @@ from sidecar.context import RequestContext
 from sidecar.policy import CompiledDeployment, CompiledModel
 from sidecar.providers.bridge import streamed_text
 from sidecar.relay import Outcome
+from sidecar.stages.caps import input_tokens
 from sidecar.usage import TokenUsage
-from sidecar.views import ChatView, EmbeddingsView
 
 
 def estimate_usage(ctx: RequestContext, outcome: Outcome) -> TokenUsage:
     """Tokens for a request the upstream processed but did not report (an aborted stream)."""
-    view = ctx.view
-    if isinstance(view, ChatView):
-        prompt = tokens.count_prompt(view.prompt_texts(), messages=len(view.messages))
-    elif isinstance(view, EmbeddingsView):
-        prompt = tokens.count_prompt(view.prompt_texts()) + view.token_array_count()
-    elif view is not None:
-        prompt = tokens.count_prompt(view.prompt_texts())
-    else:
-        prompt = 0
+    # The caps stage may have counted the prompt already; it is counted at most once.
+    prompt = input_tokens(ctx) if ctx.view is not None else 0
     output = 0
     if outcome.stream_text:
         output = tokens.count_text(streamed_text(ctx.route.wire, outcome.stream_text))
